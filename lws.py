@@ -259,6 +259,9 @@ class KVCache:
         self.v = [torch.zeros(s, device=device, dtype=dtype) for s in shapes]
         self.pos = 0  # number of positions already cached
 
+    def reset(self):
+        self.pos = 0  # the buffers are simply overwritten from position 0 on
+
     def layer(self, i):
         return self.k[i], self.v[i], self.pos
 
@@ -285,8 +288,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) token ids -> (logits, loss). With targets: logits (B, T, vocab) and the mean
-        cross-entropy (targets of -1 are ignored). With a kv_cache: the T new tokens follow the
-        cached ones, and only the last position's logits are returned, (B, 1, vocab)."""
+        cross-entropy (targets of -1 are ignored). Without: only the last position's logits,
+        (B, 1, vocab), all that sampling needs. With a kv_cache the T new tokens follow the cached ones."""
         B, T = idx.shape
         pos = kv_cache.pos if kv_cache is not None else 0
         if pos + T > self.cfg.block_size:
@@ -298,11 +301,12 @@ class GPT(nn.Module):
         x = self.norm(x)
         if kv_cache is not None:
             kv_cache.pos += T
-            x = x[:, -1:]
+        if targets is None:
+            x = x[:, -1:]  # the LM head is the biggest matmul: skip the positions nobody reads
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
 
