@@ -395,8 +395,8 @@ def main(argv):
             dist.all_reduce(shared)
         train_loss, stop_now = shared[0].item() / world, shared[1].item() > 0
         if not math.isfinite(train_loss):
-            say(f"error: loss is {train_loss} at step {step}; stopping without saving, "
-                f"{ckpt_path} holds the last good state. Try a lower --lr or --grad_clip.")
+            say(f"error: loss is {train_loss} at step {step + 1}; stopping without saving, "
+                f"{ckpt_path} holds the last good state. Try a lower --lr or --grad_clip.", file=sys.stderr)
             sys.exit(3)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] or float("inf"))
         optimizer.step()
