@@ -13,12 +13,12 @@ ffn_multiple = 32
 
 data_dir = "data/pydocs"
 out_dir = "out/tiny"
-batch_tokens = 8192       # 32 sequences of 256
+batch_tokens = 4096       # 16 sequences of 256
 micro_batch = 16
-max_steps = 400
+max_steps = 300           # 1.2M tokens, about a third of pydocs
 lr = 2e-3
 lr_schedule = "cosine"
-warmup_steps = 40
+warmup_steps = 30
 eval_interval = 100
-eval_tokens = 131072
+eval_tokens = 65536
 log_interval = 10
