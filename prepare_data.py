@@ -12,6 +12,7 @@ little-endian int32 [20240520, 1, ntokens, 0, ...], then ntokens little-endian u
 bytes an uninterrupted run writes. train.py reads the shards with read_shard() and find_shards().
 """
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -44,28 +45,29 @@ class PrepError(Exception):
 
 # ----------------------------------------------------------------------------- the shard format
 def write_shard(path, tokens):
-    """Write one shard under a temporary name, then rename: a killed run never leaves a short shard."""
     tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.dtype != np.uint16 and tokens.size and (tokens.min() < 0 or tokens.max() >= 1 << 16):
-        raise ValueError(f"{path}: token ids must lie in [0, 65536) to fit uint16")
+    fits = tokens.dtype == np.uint16 or not tokens.size or (tokens.min() >= 0 and tokens.max() < 1 << 16)
+    if tokens.ndim != 1 or not fits:
+        raise ValueError(f"{path}: tokens must be 1-D, with ids in [0, 65536) to fit uint16")
     header = np.zeros(256, dtype="<i4")
     header[:3] = MAGIC, VERSION, len(tokens)
+    _write_atomic(path, header.tobytes(), np.ascontiguousarray(tokens, dtype="<u2").data)
+
+
+def _write_atomic(path, *blobs):
+    """Write under a temporary name, then rename: a killed run never leaves a half-written file."""
     with open(path + ".tmp", "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.ascontiguousarray(tokens, dtype="<u2").data)
+        f.writelines(blobs)
         f.flush()
-        os.fsync(f.fileno())  # the bytes reach the disk before the name says the shard is complete
+        os.fsync(f.fileno())  # the bytes reach the disk before the name says the file is complete
     os.replace(path + ".tmp", path)
 
 
 def read_header(path):
     """Check a shard's magic, version and file size; return its number of tokens."""
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
+            head, size = f.read(HEADER_BYTES), os.fstat(f.fileno()).st_size
     except OSError as e:
         raise ShardError(f"{path}: cannot read shard ({e.strerror})") from None
     if len(head) < HEADER_BYTES:
@@ -101,10 +103,6 @@ def find_shards(data_dir):
     return val, train
 
 
-def shard_path(out_dir, name, index):
-    return os.path.join(out_dir, f"{name}_{'val' if index == 0 else 'train'}_{index:06d}.bin")
-
-
 def shard_ok(path, ntokens):
     try:
         return read_header(path) == ntokens
@@ -122,70 +120,77 @@ class ShardWriter:
         self.index, self.written = 0, 0  # the next shard; tokens in finished shards
         self.buf, self.fill = None, 0
 
+    def path(self, index):
+        return os.path.join(self.out_dir, f"{self.name}_{'val' if index == 0 else 'train'}_{index:06d}.bin")
+
+    def next_size(self):  # a full shard, or what is left of the --max_tokens budget
+        size = self.sizes[self.index > 0]
+        return min(size, self.budget - self.written) if self.budget else size
+
     @property
-    def full(self):  # the --max_tokens budget is reached
-        return bool(self.budget) and self.written + self.fill >= self.budget
+    def full(self):  # the budget is reached: add() flushes the shard that reaches it
+        return bool(self.budget) and self.written >= self.budget
 
     def add(self, tokens):
-        while len(tokens) and not self.full:
+        """Append tokens, up to the budget; return how many were taken."""
+        taken = 0
+        while taken < len(tokens) and not self.full:
             if self.buf is None:
-                size = self.sizes[self.index > 0]
-                self.buf = np.empty(min(size, self.budget - self.written) if self.budget else size, np.uint16)
-            take = min(len(tokens), len(self.buf) - self.fill)
-            self.buf[self.fill:self.fill + take] = tokens[:take]
-            self.fill, tokens = self.fill + take, tokens[take:]
+                self.buf = np.empty(self.next_size(), np.uint16)
+            n = min(len(tokens) - taken, len(self.buf) - self.fill)
+            self.buf[self.fill:self.fill + n] = tokens[taken:taken + n]
+            self.fill, taken = self.fill + n, taken + n
             if self.fill == len(self.buf):
                 self.flush()
+        return taken
 
     def flush(self):
         if self.fill:
-            write_shard(shard_path(self.out_dir, self.name, self.index), self.buf[:self.fill])
+            write_shard(self.path(self.index), self.buf[:self.fill])
             self.written, self.index = self.written + self.fill, self.index + 1
         self.buf, self.fill = None, 0
 
     def skip_done(self):
         """Advance past the full shards a previous run finished. A short last shard is rewritten:
         it ended a budget or a corpus that may have grown since."""
-        while True:
-            size = self.sizes[self.index > 0]
-            if (self.budget and self.written + size > self.budget) or \
-                    not shard_ok(shard_path(self.out_dir, self.name, self.index), size):
-                return
-            self.written, self.index = self.written + size, self.index + 1
+        while (n := self.next_size()) == self.sizes[self.index > 0] and shard_ok(self.path(self.index), n):
+            self.written, self.index = self.written + n, self.index + 1
 
 
 # ----------------------------------------------------------------------------- downloads
-def _session():
+def _retry(attempt, why, failure, wait=0):
+    """Wait before the next try, twice as long as before; after RETRIES tries, raise PrepError(failure)."""
+    if attempt + 1 >= RETRIES:
+        raise PrepError(failure)
+    delay = max(BACKOFF_S * 2 ** attempt, wait)
+    _log(f"{why}; retrying in {delay:.1f}s")
+    time.sleep(delay)
+
+
+def _get(url, offset=0):
+    """Streaming GET of the bytes from offset on; retries 429, 5xx and network errors."""
     import requests
-    s = requests.Session()
-    s.headers["Accept-Encoding"] = "identity"  # byte counts must be file offsets for Range
+    headers = {"Accept-Encoding": "identity"}  # byte counts must be file offsets for Range
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     if os.environ.get("HF_TOKEN"):  # requests drops it when redirected to the CDN's host
-        s.headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
-    return s
-
-
-def _get(session, url, headers=None):
-    """Streaming GET; retries 429, 5xx and network errors with exponential backoff."""
-    import requests
+        headers["Authorization"] = f"Bearer {os.environ['HF_TOKEN']}"
     for attempt in range(RETRIES):
         try:
-            r = session.get(url, headers=headers, stream=True, timeout=(20, 60))
-            if 400 <= r.status_code < 500 and r.status_code != 429:
-                hint = " (gated or private: set HF_TOKEN)" if r.status_code in (401, 403) else ""
-                r.close()
-                raise PrepError(f"GET {url} returned HTTP {r.status_code}{hint}")
+            r = requests.get(url, headers=headers, stream=True, timeout=(20, 60))
+        except (requests.ConnectionError, requests.Timeout) as e:
+            why, wait = type(e).__name__, 0
+        else:
             if r.status_code < 400:
                 return r
-            why, wait = f"HTTP {r.status_code}", r.headers.get("Retry-After", "")
             r.close()
-        except (requests.ConnectionError, requests.Timeout) as e:
-            why, wait = type(e).__name__, ""
-        if attempt + 1 < RETRIES:
-            delay = max(BACKOFF_S * 2 ** attempt, min(float(wait), 60) if wait.isdigit() else 0)
-            _log(f"{why} from {url}; retrying in {delay:.1f}s")
-            time.sleep(delay)
-    raise PrepError(f"GET {url} failed {RETRIES} times (last: {why}); check the network, HF_ENDPOINT "
-                    "and HF_TOKEN, then rerun to resume")
+            if r.status_code < 500 and r.status_code != 429:
+                hint = " (gated or private: set HF_TOKEN)" if r.status_code in (401, 403) else ""
+                raise PrepError(f"GET {url} returned HTTP {r.status_code}{hint}")
+            why, wait = f"HTTP {r.status_code}", r.headers.get("Retry-After", "")
+            wait = min(int(wait), 60) if wait.isdigit() else 0
+        _retry(attempt, f"{why} from {url}", f"GET {url} failed {RETRIES} times (last: {why}); check the "
+               "network, HF_ENDPOINT and HF_TOKEN, then rerun to resume", wait)
 
 
 def list_remote(endpoint, repo, sample):
@@ -193,7 +198,7 @@ def list_remote(endpoint, repo, sample):
     from urllib.parse import urljoin
     url, files = f"{endpoint}/api/datasets/{repo}/tree/main/sample/{sample}?recursive=true", []
     while url:
-        r = _get(_session(), url)
+        r = _get(url)
         try:
             page = r.json()
         except ValueError:
@@ -212,11 +217,11 @@ def list_remote(endpoint, repo, sample):
 
 def download(src, dest):
     """Download to dest.part, then check size and sha256 and rename; a mismatch gets one retry."""
-    part, size, name = dest + ".part", src["size"], src["name"]
-    free = shutil.disk_usage(os.path.dirname(dest)).free
+    part, size, name, folder = dest + ".part", src["size"], src["name"], os.path.dirname(dest)
+    free = shutil.disk_usage(folder).free
     if free < 2 * size:  # the parquet file, and about as many bytes again of shards
-        raise PrepError(f"not enough disk space in {os.path.dirname(dest)}: {name} needs about "
-                        f"{2 * size / 1e9:.1f} GB, {free / 1e9:.1f} GB free; free some or pick another --out_dir")
+        raise PrepError(f"not enough disk space in {folder}: {name} needs about {2 * size / 1e9:.1f} GB, "
+                        f"{free / 1e9:.1f} GB free; free some or pick another --out_dir")
     for attempt in (1, 2):
         _fetch(src, part)
         digest = file_sha256(part)
@@ -225,7 +230,7 @@ def download(src, dest):
         os.remove(part)
         if attempt == 2:
             raise PrepError(f"{name}: sha256 mismatch twice (expected {src['sha256']}, got {digest}) from "
-                            f"{src['url']}: the server sends corrupt data; retry later or use another HF_ENDPOINT")
+                            f"{src['url']}: the server sends corrupt data; retry later or change HF_ENDPOINT")
         _log(f"{name}: size or sha256 mismatch; deleted, downloading again")
 
 
@@ -233,13 +238,12 @@ def _fetch(src, part):
     """Fill part with the file's bytes; after a dropped connection, continue with a Range request."""
     import requests
     from tqdm import tqdm
-    session, size, name = _session(), src["size"], src["name"]
+    size, name = src["size"], src["name"]
     have, failures = os.path.getsize(part) if os.path.exists(part) else 0, 0
     with tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
               desc=os.path.basename(name), leave=False, mininterval=1.0) as bar:
         while have < size:
-            # Ask the resolve URL every time: the CDN URL it redirects to is signed and expires.
-            r = _get(session, src["url"], {"Range": f"bytes={have}-"} if have else None)
+            r = _get(src["url"], have)  # the resolve URL each time: the CDN URL is signed and expires
             try:
                 if r.status_code != 206:  # a full answer (the server ignored Range): start over
                     have = 0
@@ -257,16 +261,11 @@ def _fetch(src, part):
                         bar.update(len(chunk))
                 if have < size:
                     raise requests.ConnectionError("connection closed early")
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError
+                    ) as e:
+                _retry(failures, f"{name}: {type(e).__name__} at byte {have}",
+                       f"{name}: download keeps failing ({type(e).__name__}); rerun to resume")
                 failures += 1
-                if failures >= RETRIES:
-                    raise PrepError(f"{name}: download keeps failing ({type(e).__name__}); rerun to "
-                                    "resume") from None
-                _log(f"{name}: connection lost at {have} bytes; resuming with a Range request")
-                time.sleep(BACKOFF_S * 2 ** (failures - 1))
-            except PrepError:
-                os.remove(part)
-                raise
             finally:
                 r.close()
 
@@ -413,48 +412,37 @@ def tasks(src, path):
 
 
 # ----------------------------------------------------------------------------- tokenizing
-_ENC = None
-
-
-def _init_worker(in_pool=False):
-    import signal
+@functools.cache  # once per process: each worker loads its own
+def gpt2():
     import tiktoken
-    global _ENC
-    _ENC = tiktoken.get_encoding("gpt2")
-    if in_pool:  # Ctrl-C is the parent's to handle: it stops the pool, no traceback per worker
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return tiktoken.get_encoding("gpt2")
 
 
 def encode_task(task):
     """Tokenize a batch of documents into one uint16 array, EOT before each document. An array
     pickles as one buffer, far cheaper to send back than lists of Python ints."""
-    if _ENC is None:
-        _init_worker()
     kind, items = task  # pydocs items are files; those without docstrings give no document
-    texts = items if kind == "text" else [d for d in map(module_doc, items) if d]
-    parts = [_ENC.encode_ordinary(t) for t in texts]
-    out, i = np.empty(sum(map(len, parts)) + len(parts), np.uint16), 0
-    for p in parts:
-        out[i] = EOT
-        out[i + 1:i + 1 + len(p)] = p
-        i += 1 + len(p)
-    return out
+    ids = []
+    for text in items if kind == "text" else filter(None, map(module_doc, items)):
+        ids.append(EOT)
+        ids += gpt2().encode_ordinary(text)
+    return np.array(ids, np.uint16)
 
 
 def make_pool(workers):
-    """Tokenizer processes; with workers <= 1, a stand-in that tokenizes in this process."""
-    import contextlib
-    import multiprocessing as mp
-    return mp.Pool(workers, _init_worker, (True,)) if workers > 1 else contextlib.nullcontext()
+    """Tokenizer processes; with workers <= 1, a thread of this one."""
+    import multiprocessing.dummy
+    import signal
+    if workers <= 1:
+        return multiprocessing.dummy.Pool(1)
+    # The workers ignore Ctrl-C: the parent handles it and stops the pool, no traceback per worker.
+    return multiprocessing.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN))
 
 
 def tokenized(pool, task_iter, workers):
     """encode_task over the tasks, results in order. Pool.imap would read its whole input ahead
     into a queue; this keeps at most 4 tasks per worker in flight, so memory stays flat."""
     from collections import deque
-    if pool is None:
-        yield from map(encode_task, task_iter)
-        return
     pending = deque()
     for task in task_iter:
         pending.append(pool.apply_async(encode_task, (task,)))
@@ -477,19 +465,14 @@ def _versions(*pkgs):
 
 
 def _load_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _save_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    _write_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 def resolve_source(args):
@@ -506,7 +489,8 @@ def resolve_source(args):
         raise PrepError(f"unknown --dataset {args.dataset!r}: choose one of "
                         f"{', '.join([*DATASETS, 'pydocs'])}, or give --input FILES")
     if args.sample not in SAMPLES:
-        raise PrepError(f"unknown --sample {args.sample!r} for {args.dataset}: choose one of {', '.join(SAMPLES)}")
+        raise PrepError(f"unknown --sample {args.sample!r} for {args.dataset}: choose one of "
+                        f"{', '.join(SAMPLES)}")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     repo, name = DATASETS[args.dataset], args.name or args.dataset + args.sample[:-1]  # fineweb10B, ...
     return name, {"dataset": args.dataset, "repo": repo, "sample": args.sample}, \
@@ -526,14 +510,14 @@ def prepare(args):
     progress_path, manifest_path = (os.path.join(out_dir, f) for f in ("progress.json", "manifest.json"))
     progress, manifest = _load_json(progress_path), _load_json(manifest_path)
     old = (progress or manifest or {}).get("fingerprint")
+    start_over = f"use another --out_dir, or delete {out_dir} to start over"
     if old is None and glob.glob(os.path.join(glob.escape(out_dir), "*.bin")):
         raise PrepError(f"{out_dir} holds .bin files that this script did not write (no progress.json); "
                         "use another --out_dir")
     if old is not None and old != fp:
         diff = "; ".join(f"{k}: {str(old.get(k))[:100]} there, {str(v)[:100]} now"
                          for k, v in fp.items() if old.get(k) != v)
-        raise PrepError(f"{out_dir} holds shards from a different source or tokenizer ({diff}); use another "
-                        f"--out_dir, or delete {out_dir} to start over")
+        raise PrepError(f"{out_dir} holds shards from a different source or tokenizer ({diff}); {start_over}")
     if manifest and manifest["max_tokens"] == args.max_tokens and \
             all(shard_ok(os.path.join(out_dir, s["file"]), s["tokens"]) for s in manifest["shards"]):
         print(f"{out_dir} is complete ({manifest['total_tokens']:,} tokens); nothing to do")
@@ -551,7 +535,7 @@ def prepare(args):
     for j, rec in enumerate(progress["sources"]):
         if j >= len(sources) or (rec["name"], rec["sha256"]) != (sources[j]["name"], sources[j]["sha256"]):
             raise PrepError(f"{out_dir} was built from other source files ({os.path.basename(rec['name'])} "
-                            f"differs); use another --out_dir, or delete {out_dir} to start over")
+                            f"differs); {start_over}")
         if offset + rec["tokens"] > writer.written:
             break
         start, offset = j + 1, offset + rec["tokens"]
@@ -574,15 +558,13 @@ def prepare(args):
             for arr in tokenized(pool, tasks(src, path), args.workers):
                 count, cut = count + len(arr), min(skip, len(arr))
                 skip -= cut
-                before = writer.written + writer.fill
-                writer.add(arr[cut:])
-                bar.update(writer.written + writer.fill - before)
+                bar.update(writer.add(arr[cut:]))
                 while to_delete and to_delete[0][0] <= writer.written:  # all its tokens are in shards
                     os.remove(to_delete.pop(0)[1])
                 if writer.full:
                     break
             else:  # the whole source is tokenized: record it so that a resume can skip it
-                progress["sources"].append({k: src[k] for k in ("name", "sha256", "size")} | {"tokens": count})
+                progress["sources"].append(dict(src, tokens=count))
                 if src["kind"] == "remote" or time.time() - saved > 2:
                     _save_json(progress_path, progress)  # always before its download may be deleted
                     saved = time.time()
@@ -597,9 +579,9 @@ def prepare(args):
             os.remove(os.path.join(out_dir, f))
     used = progress["sources"][:]
     if writer.written > sum(rec["tokens"] for rec in used):  # --max_tokens stopped inside this one
-        used.append({k: sources[len(used)][k] for k in ("name", "sha256", "size")} | {"tokens": None})
-    shards = [{"file": os.path.basename(shard_path(out_dir, name, i)),
-               "tokens": read_header(shard_path(out_dir, name, i))} for i in range(writer.index)]
+        used.append(dict(sources[len(used)], tokens=None))
+    shards = [{"file": os.path.basename(writer.path(i)), "tokens": read_header(writer.path(i))}
+              for i in range(writer.index)]
     val = shards[0]["tokens"] if shards else 0
     manifest = {"fingerprint": fp, "max_tokens": args.max_tokens, "total_tokens": writer.written,
                 "val_tokens": val, "train_tokens": writer.written - val, "shards": shards,
@@ -618,55 +600,59 @@ def prepare(args):
 # ----------------------------------------------------------------------------- benchmark
 def bench(args):
     """Tokens/s of this script's pipeline (worker pool + shard writing) against bare tiktoken
-    threads, on the same pydocs text with the same number of cores."""
+    threads, on the same pydocs text with the same number of cores; the best of two runs each."""
     import resource
     import tempfile
-    import tiktoken
-    t = time.perf_counter()
-    texts = [d for d in map(module_doc, pydocs_items()[:args.bench_docs or None]) if d]
-    print(f"bench text: {len(texts)} pydocs documents, {sum(map(len, texts)) / 1e6:.1f}M characters "
-          f"(built in {time.perf_counter() - t:.1f}s); {args.workers} cores")
-    enc, ours, bare = tiktoken.get_encoding("gpt2"), [], []
-    for _ in range(2):  # best of two: the first pass also warms caches
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            writer = ShardWriter(tmp, "bench", args.val_tokens, args.shard_tokens)
-            with make_pool(args.workers) as pool:
-                for arr in tokenized(pool, tasks({"kind": "text", "docs": texts}, None), args.workers):
-                    writer.add(arr)
-            writer.flush()
-            ours.append(writer.written / (time.perf_counter() - t))
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-        rss = [resource.getrusage(who).ru_maxrss * scale / 2**20
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    texts, workers = [d for d in map(module_doc, pydocs_items()[:args.bench_docs or None]) if d], args.workers
+    print(f"bench text: {len(texts)} pydocs documents, {sum(map(len, texts)) / 1e6:.1f}M characters; "
+          f"{workers} cores")
+    ours, bare, rss = 0, 0, None
+    for _ in range(2):  # the first pass also warms caches
         t = time.perf_counter()
-        n = sum(map(len, enc.encode_ordinary_batch(texts, num_threads=args.workers))) + len(texts)
-        bare.append(n / (time.perf_counter() - t))
+        with tempfile.TemporaryDirectory() as tmp, make_pool(workers) as pool:
+            writer = ShardWriter(tmp, "bench", args.val_tokens, args.shard_tokens)
+            for arr in tokenized(pool, tasks({"kind": "text", "docs": texts}, None), workers):
+                writer.add(arr)
+            writer.flush()
+        ours = max(ours, writer.written / (time.perf_counter() - t))
+        if rss is None:  # now, before bare tiktoken's lists of tokens raise this process's peak
+            scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+            rss = [resource.getrusage(who).ru_maxrss * scale / 2**20
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        t = time.perf_counter()
+        n = sum(map(len, gpt2().encode_ordinary_batch(texts, num_threads=workers))) + len(texts)  # + EOTs
+        bare = max(bare, n / (time.perf_counter() - t))
         assert n == writer.written, (n, writer.written)
-    print(f"tokens: {n:,}\nours (pool of {args.workers} + shard writing): {max(ours) / 1e6:.2f}M tokens/s\n"
-          f"bare tiktoken encode_ordinary_batch(num_threads={args.workers}): {max(bare) / 1e6:.2f}M tokens/s\n"
-          f"ratio: {max(ours) / max(bare):.2f}\npeak RSS while ours ran: main process {rss[0]:.0f} MiB "
+    print(f"tokens: {n:,}\nours (pool of {workers} + shard writing): {ours / 1e6:.2f}M tokens/s\n"
+          f"bare tiktoken encode_ordinary_batch(num_threads={workers}): {bare / 1e6:.2f}M tokens/s\n"
+          f"ratio: {ours / bare:.2f}\npeak RSS while ours ran: main process {rss[0]:.0f} MiB "
           f"(holds the bench text), largest worker {rss[1]:.0f} MiB")
 
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p.add_argument("--dataset", help="fineweb | fineweb-edu | pydocs (offline)")
     p.add_argument("--sample", default="10BT", help="FineWeb sample: 10BT | 100BT | 350BT")
-    p.add_argument("--input", nargs="+", metavar="PATH", help="your own .txt/.jsonl/.parquet files or folders")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="your .txt/.jsonl/.parquet files or folders")
     p.add_argument("--name", help="shard name prefix (default: fineweb10B, fineweb-edu10B, pydocs, custom)")
     p.add_argument("--out_dir", help="output folder (default: data/<name>)")
-    p.add_argument("--val_tokens", type=int, default=10_000_000, help="tokens in validation shard 0")
+    p.add_argument("--val_tokens", type=int, default=None, help="tokens in validation shard 0 "
+                   "(default: 10M as in the paper; 200K for the 3.4M-token pydocs)")
     p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per training shard")
     p.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS, help="stop after this many tokens, "
                    "val included; 0 = all (default: the paper's 10M val + 5.11B train)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1, help="tokenizer processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=cores, help="tokenizer processes (default: all cores)")
     p.add_argument("--keep_raw", action="store_true", help="keep downloaded parquet files in <out_dir>/raw")
     p.add_argument("--bench", action="store_true", help="measure tokens/s against bare tiktoken")
     p.add_argument("--bench_docs", type=int, default=0, help="pydocs documents for --bench (default 0: all)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.val_tokens is None:
+        args.val_tokens = 200_000 if args.dataset == "pydocs" else 10_000_000
+    if args.dataset == "pydocs" and args.max_tokens == DEFAULT_MAX_TOKENS:
+        args.max_tokens = 0  # all of it: the budget is FineWeb's
+    return args
 
 
 def main(argv=None):

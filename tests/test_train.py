@@ -173,7 +173,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     (["--data_dir={empty}"], "no data in {empty} (0 val and 0 train shards): run `python prepare_data.py"),
     (["--data_dir={corrupt}"], "t_train_000001.bin: bad magic 1234 (expected 20240520)"),
     (["--data_dir={data}", "--learning_rate=1e-3"], "unknown setting 'learning_rate' in --learning_rate=1e-3"),
-    (["--data_dir={data}", "--micro_batch=3"], "batch_tokens=8192 must be a whole number of sequences of 64 tokens "
+    (["--data_dir={data}", "--micro_batch=3"], "batch_tokens=4096 must be a whole number of sequences of 64 tokens "
                                                "divisible by micro_batch * world_size = 3 * 1"),
     (["--data_dir={data}", "--max_step=10"], "did you mean 'max_steps'?"),
     (["--data_dir={data}", "--schedule=crwn"], "unknown schedule 'crwn'"),
