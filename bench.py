@@ -62,13 +62,14 @@ def reference_peak(a):
     """(FLOP/s, its source, the matmul FLOP/s measured here). CUDA: the bf16 datasheet peak train.py
     uses. A CPU: no datasheet, so this machine's large matmul, now, in the dtype we train in. bf16 is
     measured too: CPUs without bf16 units emulate it, which is why train.py defaults to fp32 there."""
+    secs = min(1.0, (a.peak_n or 2048) / 2048)  # a small --peak_n (tests) needs less time to time
     if a.device.startswith("cuda"):
-        mm = {"bfloat16": matmul_flops(a.device, torch.bfloat16, a.peak_n or 8192)}
+        mm = {"bfloat16": matmul_flops(a.device, torch.bfloat16, a.peak_n or 8192, secs)}
         peak, source = device_peak_flops(a.device)
         return (peak, source, mm) if peak else (mm["bfloat16"], "bfloat16 matmul measured on this GPU now", mm)
     n = a.peak_n or 2048  # bf16 at half the size: emulated, it is slow
-    mm = {"float32": matmul_flops("cpu", torch.float32, n),
-          "bfloat16": matmul_flops("cpu", torch.bfloat16, n // 2)}
+    mm = {"float32": matmul_flops("cpu", torch.float32, n, secs),
+          "bfloat16": matmul_flops("cpu", torch.bfloat16, n // 2, secs)}
     return mm[a.dtype], f"{a.dtype} matmul measured on this CPU now", mm
 
 
